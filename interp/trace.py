@@ -1,0 +1,213 @@
+"""Run a model once and return what the probes read: one `Trace`.
+
+Why hooks with an early stop instead of a full activation cache: a study needs the residual
+stream and the attention patterns, usually of every layer, sometimes of a few. Registering a
+hook only on those points (`blocks.{l}.hook_resid_pre`, `blocks.{l}.attn.hook_pattern`, and the
+last block's `hook_resid_post`) keeps memory at what is asked, and raising out of the forward
+once the last of them has fired skips every block after it and the final norm and LM/MLM head,
+which a trace never reads (for MiniLM the randomly initialised 384 x 30522 MLM head alone is
+most of a bridged forward).
+
+Conventions, per family (checked against HF `output_hidden_states` in the tests):
+- `resid[l]` is the input of block l, and `resid[n_layers]` the output of the last block,
+  before any final norm. GPT-2 (pre-LN) therefore differs from HF only in the last entry: HF's
+  `hidden_states[-1]` is `ln_f(resid[-1])`. BERT and ALBERT (post-LN) normalise inside each
+  block, so every entry equals HF's `hidden_states` (block outputs are already normalised).
+- `pattern[l, h]` are attention probabilities (rows sum to 1) of block l; causal models have
+  an exactly zero upper triangle.
+- Text is tokenised with the model's own tokenizer and its special tokens (BERT and ALBERT:
+  [CLS] ... [SEP]; GPT-2: none, as HF does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.models import Model
+
+
+@dataclass(eq=False)
+class Trace:
+    """One forward pass of one sequence.
+
+    `layers` are the residual indices captured (0..n_layers, where n_layers is the number of
+    blocks run); `pattern_layers` the blocks whose attention and weights were captured, i.e.
+    the entries of `layers` below n_layers. `resid[i]` belongs to `layers[i]` and
+    `pattern[i]`, `W_*[i]` to `pattern_layers[i]`.
+    """
+
+    tokens: list[str]
+    token_ids: Int[Tensor, " n"]
+    causal: bool
+    model_name: str
+    n_layers: int
+    layers: list[int]
+    pattern_layers: list[int]
+    resid: Float[Tensor, "layer n d"]
+    pattern: Float[Tensor, "layer head n n"]
+    W_Q: Float[Tensor, "layer head d_model d_head"]
+    W_K: Float[Tensor, "layer head d_model d_head"]
+    W_V: Float[Tensor, "layer head d_model d_head"]
+    W_O: Float[Tensor, "layer head d_head d_model"]
+
+
+class _Stop(Exception):
+    """Raised by the hook on the last requested point: nothing after it is needed."""
+
+
+def trace(
+    model: Model,
+    text_or_token_ids: str | Sequence[int] | Tensor,
+    *,
+    layers: Sequence[int] | None = None,
+    iterations: int | None = None,
+) -> Trace:
+    """Run `model` on one text or one sequence of token ids and capture a `Trace`.
+
+    `layers` restricts capture to those residual indices (0..n_layers; blocks in it also give
+    their patterns and weights); the forward stops after the last of them. `iterations`
+    (ALBERT only) applies the shared layer that many times, possibly beyond the trained depth.
+    """
+    bridge = model.bridge_for(iterations)
+    n_layers = int(bridge.cfg.n_layers)
+    ids = _token_ids(model, text_or_token_ids)
+    captured = _layers(layers, n_layers)
+    pattern_layers = [l for l in captured if l < n_layers]
+
+    # Hooks in the order the forward fires them: resid_pre[l], pattern[l], ..., resid_post.
+    points: list[tuple[str, int, str]] = []
+    for l in captured:
+        if l < n_layers:
+            points.append((f"blocks.{l}.hook_resid_pre", l, "resid"))
+            points.append((f"blocks.{l}.attn.hook_pattern", l, "pattern"))
+        else:
+            points.append((f"blocks.{n_layers - 1}.hook_resid_post", l, "resid"))
+    store: dict[tuple[str, int], Tensor] = {}
+    last = points[-1][0]
+
+    def make_hook(kind: str, l: int, stop: bool):
+        def hook(tensor: Tensor, *, hook) -> Tensor:
+            store[kind, l] = tensor[0].detach()
+            if stop:
+                raise _Stop
+            return tensor
+
+        return hook
+
+    fwd_hooks = [(name, make_hook(kind, l, name == last)) for name, l, kind in points]
+    device = next(bridge.parameters()).device
+    with torch.no_grad():
+        try:
+            with bridge.hooks(fwd_hooks=fwd_hooks):
+                bridge(ids.to(device)[None], return_type=None)
+        except _Stop:
+            pass
+    missing = [(kind, l) for _, l, kind in points if (kind, l) not in store]
+    if missing:
+        raise RuntimeError(f"hooks did not fire for {missing} on {model.name!r}; no trace made.")
+
+    weights = _weights(model, bridge, pattern_layers)
+    return Trace(
+        tokens=_token_strings(model, ids),
+        token_ids=ids,
+        causal=model.causal,
+        model_name=model.name,
+        n_layers=n_layers,
+        layers=captured,
+        pattern_layers=pattern_layers,
+        resid=torch.stack([store["resid", l] for l in captured]),
+        pattern=_stack([store["pattern", l] for l in pattern_layers], bridge, len(ids)),
+        **weights,
+    )
+
+
+def _token_ids(model: Model, source) -> Tensor:
+    if isinstance(source, str):
+        if not source.strip():
+            raise ValueError("text to trace is empty; expected a non-empty string or token ids.")
+        if model.tokenizer is None:
+            raise ValueError(
+                f"model {model.name!r} has no tokenizer; pass token ids instead of text."
+            )
+        ids = torch.tensor(model.tokenizer(source)["input_ids"], dtype=torch.long)
+        what = "text"
+    else:
+        ids = torch.as_tensor(source)
+        if ids.ndim == 2 and ids.shape[0] == 1:
+            ids = ids[0]
+        if ids.numel() == 0:
+            raise ValueError("token ids to trace are empty; expected at least one token.")
+        if ids.ndim != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(
+                "token ids must be one sequence of ints (shape [n] or [1, n]), got "
+                f"dtype {ids.dtype} and shape {tuple(ids.shape)}."
+            )
+        ids = ids.long().cpu()
+        what = "token ids"
+        bad = (ids < 0) | (ids >= model.d_vocab)
+        if bad.any():
+            raise ValueError(
+                f"token ids must lie in [0, {model.d_vocab}) for {model.name!r}; "
+                f"got {ids[bad][:5].tolist()}."
+            )
+    if len(ids) > model.n_ctx:
+        raise ValueError(
+            f"{what} is {len(ids)} tokens long, but {model.name!r} takes at most "
+            f"{model.n_ctx}; truncate it (e.g. ids[:{model.n_ctx}])."
+        )
+    return ids
+
+
+def _layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers + 1))
+    wanted = sorted({int(l) for l in layers})
+    if not wanted or wanted[0] < 0 or wanted[-1] > n_layers:
+        raise ValueError(
+            f"layers must be residual indices in 0..{n_layers} (block inputs and the output "
+            f"of the last block), got {list(layers)!r}."
+        )
+    return wanted
+
+
+def _token_strings(model: Model, ids: Tensor) -> list[str]:
+    if model.tokenizer is None:
+        return [str(i) for i in ids.tolist()]
+    return model.tokenizer.convert_ids_to_tokens(ids.tolist())
+
+
+def _stack(patterns: list[Tensor], bridge, n: int) -> Tensor:
+    if patterns:
+        return torch.stack(patterns)
+    p = next(bridge.parameters())
+    return torch.empty(0, int(bridge.cfg.n_heads), n, n, dtype=p.dtype, device=p.device)
+
+
+def _weights(model: Model, bridge, pattern_layers: list[int]) -> dict[str, Tensor]:
+    """Per-block W_Q, W_K, W_V [head, d_model, d_head] and W_O [head, d_head, d_model].
+
+    A layer-sharing model has one set: it is expanded (a view, no copy) over the blocks, so
+    60 ALBERT iterations cost one layer's weights.
+    """
+    names = ("W_Q", "W_K", "W_V", "W_O")
+    with torch.no_grad():
+        if model.shares_layers and pattern_layers:
+            attn = bridge.blocks[0].attn
+            return {
+                w: getattr(attn, w).detach().unsqueeze(0).expand(len(pattern_layers), -1, -1, -1)
+                for w in names
+            }
+        out = {}
+        for w in names:
+            per_block = [getattr(bridge.blocks[l].attn, w).detach() for l in pattern_layers]
+            if per_block:
+                out[w] = torch.stack(per_block)
+            else:
+                shape = getattr(bridge.blocks[0].attn, w).shape
+                out[w] = torch.empty(0, *shape, dtype=next(bridge.parameters()).dtype)
+        return out
