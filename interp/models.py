@@ -74,6 +74,7 @@ class Model:
     # The untouched HF module of a layer-sharing model, from which bridges of other depths are built.
     _hf_model: Any = field(default=None, repr=False)
     _bridges: dict[int, Any] = field(default_factory=dict, repr=False)
+    _weights_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_layers(self) -> int:
@@ -90,6 +91,29 @@ class Model:
     @property
     def d_vocab(self) -> int:
         return int(self.bridge.cfg.d_vocab)
+
+    def attention_weights(self, iterations: int | None = None) -> dict[str, torch.Tensor]:
+        """W_Q, W_K, W_V [layer, head, d_model, d_head] and W_O [layer, head, d_head, d_model].
+
+        Stacked once and reused by every trace until an attention parameter (or a returned
+        tensor) is modified in place or replaced, which torch's per-tensor version counters
+        reveal; GPT-2 small's stack is 113 MB and 47 ms, too much to redo per sequence. A
+        layer-sharing model has one weight set, expanded over its blocks as a view.
+        """
+        bridge = self.bridge_for(iterations)
+        blocks = [bridge.blocks[0]] if self.shares_layers else list(bridge.blocks)
+        params = [p for b in blocks for p in b.attn.parameters()]
+        key = (len(bridge.blocks), tuple((id(p), p._version) for p in params))
+        cached = self._weights_cache.get(key)
+        if cached is not None and all(w._version == v for w, v in cached[1]):
+            return cached[0]
+        with torch.no_grad():
+            names = ("W_Q", "W_K", "W_V", "W_O")
+            stacked = {w: torch.stack([getattr(b.attn, w).detach() for b in blocks]) for w in names}
+            if self.shares_layers:
+                stacked = {w: t.expand(len(bridge.blocks), -1, -1, -1) for w, t in stacked.items()}
+        self._weights_cache = {key: (stacked, [(t, t._version) for t in stacked.values()])}
+        return stacked
 
     def bridge_for(self, iterations: int | None):
         """The bridge with `iterations` blocks (ALBERT); the loaded bridge when None."""
@@ -136,7 +160,14 @@ def load(
     dtype = dtype if dtype is not None else torch.float32
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ModelLoadError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
-    name = str(name_or_path)
+    # Initialisers and the bridge's own set-up draw from the global generator: fork it, so a
+    # load neither depends on nor disturbs the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _resolve(str(name_or_path), random_init, seed, device, dtype)
+
+
+def _resolve(name: str, random_init: bool, seed: int, device, dtype) -> Model:
     path = Path(name).expanduser()
 
     if path.is_dir():
@@ -211,7 +242,7 @@ def _load_hf(
     source: str, name: str, random_init: bool, seed: int, device, dtype
 ) -> Model:
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source)
     if config.model_type not in _FAMILIES:
@@ -224,16 +255,11 @@ def _load_hf(
     config._attn_implementation = "eager"
     cls = getattr(transformers, class_name)
     if random_init:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            hf_model = cls(config)
+        hf_model = cls(config)  # drawn under the seed `load` set
     else:
         hf_model = cls.from_pretrained(source, config=config)
     hf_model = hf_model.to(device=device, dtype=dtype).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        tokenizer = None  # token ids still trace; text raises a clear error there
+    tokenizer = _tokenizer(source)
 
     common = dict(
         name=name,
@@ -256,6 +282,23 @@ def _load_hf(
         hf_model, architecture, hf_config=config, tokenizer=tokenizer, model_name=name
     )
     return Model(bridge=bridge, **common)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                    "spiece.model")
+
+
+def _tokenizer(source: str):
+    """The checkpoint's tokenizer, or None where it has none (token ids still trace)."""
+    from transformers import AutoTokenizer
+
+    # Without tokenizer files AutoTokenizer builds an empty one from config.json alone.
+    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in _TOKENIZER_FILES):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
 
 
 def _load_toy(path: Path, name: str, random_init: bool, seed: int, device, dtype) -> Model:

@@ -80,38 +80,50 @@ def trace(
     pattern_layers = [l for l in captured if l < n_layers]
 
     # Hooks in the order the forward fires them: resid_pre[l], pattern[l], ..., resid_post.
-    points: list[tuple[str, int, str]] = []
-    for l in captured:
+    # Each copies its tensor into one preallocated output while it is still hot in cache;
+    # stacking afterwards would cost a second pass over every attention matrix.
+    points: list[tuple[str, str, int]] = []
+    for i, l in enumerate(captured):
         if l < n_layers:
-            points.append((f"blocks.{l}.hook_resid_pre", l, "resid"))
-            points.append((f"blocks.{l}.attn.hook_pattern", l, "pattern"))
+            points.append((f"blocks.{l}.hook_resid_pre", "resid", i))
+            points.append((f"blocks.{l}.attn.hook_pattern", "pattern", i))
         else:
-            points.append((f"blocks.{n_layers - 1}.hook_resid_post", l, "resid"))
-    store: dict[tuple[str, int], Tensor] = {}
-    last = points[-1][0]
+            points.append((f"blocks.{n_layers - 1}.hook_resid_post", "resid", i))
+    p = next(bridge.parameters())
+    out = {
+        "resid": p.new_empty(len(captured), len(ids), int(bridge.cfg.d_model)),
+        "pattern": p.new_empty(len(pattern_layers), int(bridge.cfg.n_heads), len(ids), len(ids)),
+    }
+    fired: set[str] = set()
 
-    def make_hook(kind: str, l: int, stop: bool):
+    def make_hook(name: str, kind: str, i: int):
         def hook(tensor: Tensor, *, hook) -> Tensor:
-            store[kind, l] = tensor[0].detach()
-            if stop:
+            out[kind][i].copy_(tensor[0])
+            fired.add(name)
+            if name == points[-1][0]:
                 raise _Stop
             return tensor
 
         return hook
 
-    fwd_hooks = [(name, make_hook(kind, l, name == last)) for name, l, kind in points]
-    device = next(bridge.parameters()).device
+    fwd_hooks = [(name, make_hook(name, kind, i)) for name, kind, i in points]
     with torch.no_grad():
         try:
             with bridge.hooks(fwd_hooks=fwd_hooks):
-                bridge(ids.to(device)[None], return_type=None)
+                bridge(ids.to(p.device)[None], return_type=None)
         except _Stop:
             pass
-    missing = [(kind, l) for _, l, kind in points if (kind, l) not in store]
+    missing = [name for name, _, _ in points if name not in fired]
     if missing:
-        raise RuntimeError(f"hooks did not fire for {missing} on {model.name!r}; no trace made.")
+        raise RuntimeError(f"hooks {missing} did not fire on {model.name!r}; no trace made.")
 
-    weights = _weights(model, bridge, pattern_layers)
+    weights = model.attention_weights(iterations)
+    if len(pattern_layers) < n_layers:
+        if model.shares_layers:  # every block holds the same weights: keep the view
+            weights = {k: w[: len(pattern_layers)] for k, w in weights.items()}
+        else:
+            index = torch.tensor(pattern_layers, dtype=torch.long, device=p.device)
+            weights = {k: w.index_select(0, index) for k, w in weights.items()}
     return Trace(
         tokens=_token_strings(model, ids),
         token_ids=ids,
@@ -120,8 +132,8 @@ def trace(
         n_layers=n_layers,
         layers=captured,
         pattern_layers=pattern_layers,
-        resid=torch.stack([store["resid", l] for l in captured]),
-        pattern=_stack([store["pattern", l] for l in pattern_layers], bridge, len(ids)),
+        resid=out["resid"],
+        pattern=out["pattern"],
         **weights,
     )
 
@@ -179,35 +191,3 @@ def _token_strings(model: Model, ids: Tensor) -> list[str]:
     if model.tokenizer is None:
         return [str(i) for i in ids.tolist()]
     return model.tokenizer.convert_ids_to_tokens(ids.tolist())
-
-
-def _stack(patterns: list[Tensor], bridge, n: int) -> Tensor:
-    if patterns:
-        return torch.stack(patterns)
-    p = next(bridge.parameters())
-    return torch.empty(0, int(bridge.cfg.n_heads), n, n, dtype=p.dtype, device=p.device)
-
-
-def _weights(model: Model, bridge, pattern_layers: list[int]) -> dict[str, Tensor]:
-    """Per-block W_Q, W_K, W_V [head, d_model, d_head] and W_O [head, d_head, d_model].
-
-    A layer-sharing model has one set: it is expanded (a view, no copy) over the blocks, so
-    60 ALBERT iterations cost one layer's weights.
-    """
-    names = ("W_Q", "W_K", "W_V", "W_O")
-    with torch.no_grad():
-        if model.shares_layers and pattern_layers:
-            attn = bridge.blocks[0].attn
-            return {
-                w: getattr(attn, w).detach().unsqueeze(0).expand(len(pattern_layers), -1, -1, -1)
-                for w in names
-            }
-        out = {}
-        for w in names:
-            per_block = [getattr(bridge.blocks[l].attn, w).detach() for l in pattern_layers]
-            if per_block:
-                out[w] = torch.stack(per_block)
-            else:
-                shape = getattr(bridge.blocks[0].attn, w).shape
-                out[w] = torch.empty(0, *shape, dtype=next(bridge.parameters()).dtype)
-        return out

@@ -179,3 +179,31 @@ def test_bad_iterations_on_albert(albert_dir):
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="iterations must be a positive int"):
             interp.trace(model, TEXT, iterations=bad)
+
+
+def _fresh(model, name):
+    return torch.stack([getattr(b.attn, name).detach() for b in model.bridge.blocks])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_weights_are_stacked_once_and_a_callers_edit_does_not_leak(checkpoint_dirs, family):
+    model = interp.load(checkpoint_dirs[family])
+    first, second = interp.trace(model, TEXT), interp.trace(model, TEXT)
+    assert first.W_Q is second.W_Q  # reused, not restacked per sequence
+    second.W_K.zero_()
+    torch.testing.assert_close(interp.trace(model, TEXT).W_K, _fresh(model, "W_K"),
+                               atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "albert"])
+def test_an_in_place_edit_of_the_model_reaches_weights_and_patterns(checkpoint_dirs, family):
+    model = interp.load(checkpoint_dirs[family])
+    before = interp.trace(model, TEXT)
+    with torch.no_grad():  # as an intervention would: scale block 1's queries
+        model.bridge.blocks[1].attn.q.weight.mul_(3.0)
+    after = interp.trace(model, TEXT)
+    torch.testing.assert_close(after.W_Q, _fresh(model, "W_Q"), atol=0, rtol=0)
+    torch.testing.assert_close(after.W_Q[1], 3.0 * before.W_Q[1], atol=1e-6, rtol=0)
+    assert not torch.allclose(after.pattern[1], before.pattern[1], atol=1e-4)
+    if family != "albert":  # ALBERT's blocks share the edited weight; others keep block 0
+        torch.testing.assert_close(after.pattern[0], before.pattern[0], atol=0, rtol=0)

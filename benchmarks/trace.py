@@ -1,0 +1,170 @@
+"""Cost of `interp.trace` against a plain Hugging Face forward of the same architecture.
+
+    python benchmarks/trace.py [--repeats 9] [--device cpu|cuda]
+
+Cases: the real MiniLM at 512 tokens, and a random GPT-2-small-shaped model at 450 tokens.
+Timed, interleaved in this one run (median of `--repeats`):
+- trace: `interp.trace` capturing every layer's residual and attention;
+- hf_eager / hf_sdpa: the HF base model (no head), no outputs requested, eager attention
+  (what a trace needs to see probabilities) and the default SDPA kernel;
+- hf_outputs: the same with output_hidden_states and output_attentions (eager), the way a
+  researcher gets these tensors without this toolkit (as tuples, not yet stacked).
+Peak memory: on the CPU each call runs once in a fresh process and the high-water mark of its
+resident set (VmHWM) above the resident set just before the call is reported; on CUDA,
+max_memory_allocated above the allocation before the call. Target: trace <= 1.2x hf_eager.
+Timings are taken twice: with the default allocator, then after
+`interp.runtime.keep_freed_memory()` (see that module for why a trace's output pays page faults
+a plain forward does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, GPT2Config
+
+import interp
+from interp.runtime import keep_freed_memory
+
+METHODS = ("trace", "hf_eager", "hf_sdpa", "hf_outputs")
+
+
+def cases(tmp: Path) -> dict[str, tuple[Path, int, bool]]:
+    """label -> (checkpoint or config directory, tokens, random_init)."""
+    GPT2Config().save_pretrained(tmp)  # GPT-2 small shape: 12 layers, 12 heads, d 768
+    return {
+        "minilm": (interp.models._minilm_dir(), 512, False),
+        "gpt2-small-shape-random": (tmp, 450, True),
+    }
+
+
+def callables(source: Path, n_tokens: int, random_init: bool, device: torch.device) -> dict:
+    """One zero-argument callable per method, all on the same token ids."""
+    model = interp.load(source, device=device, random_init=random_init)
+    plain = {}
+    for impl in ("eager", "sdpa"):
+        if random_init:  # weights do not change the cost; the architecture does
+            m = AutoModel.from_config(AutoConfig.from_pretrained(source), attn_implementation=impl)
+        else:
+            m = AutoModel.from_pretrained(source, attn_implementation=impl)
+        plain[impl] = m.to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, model.d_vocab - 1000, (n_tokens,), generator=gen)
+    batch = ids[None].to(device)
+
+    def hf(impl, **outputs):
+        def run():
+            with torch.no_grad():
+                plain[impl](batch, **outputs)
+        return run
+
+    return {
+        "trace": lambda: interp.trace(model, ids),
+        "hf_eager": hf("eager"),
+        "hf_sdpa": hf("sdpa"),
+        "hf_outputs": hf("eager", output_hidden_states=True, output_attentions=True),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call; calls are interleaved so machine drift hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def peak_mib(fn, device: torch.device) -> float:
+    """Peak memory of one call of `fn` above what was in use just before it."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def peak_in_fresh_process(label: str, method: str) -> float:
+    """CPU allocators keep freed pages, so each peak is taken in a process of its own."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak-of", label, method],
+        check=True, capture_output=True, text=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--peak-of", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = cases(Path(tmp))
+        if args.peak_of:
+            label, method = args.peak_of
+            fns = callables(*table[label], torch.device("cpu"))
+            print(peak_mib(fns[method], torch.device("cpu")))
+            return
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+        worst = {}
+        # Default allocator first: keep_freed_memory cannot be undone within a process.
+        for mode in ("default allocator", "interp.runtime.keep_freed_memory()"):
+            if mode != "default allocator" and not keep_freed_memory():
+                print(f"{mode}: not available on this C library; skipped")
+                break
+            print(f"-- {mode}")
+            for label, spec in table.items():
+                fns = callables(*spec, device)
+                t = median_seconds(fns, args.repeats, device)
+                row = {"case": label, "tokens": spec[1]}
+                row |= {f"{k}_s": round(t[k], 4) for k in METHODS}
+                row |= {f"trace/{k}": round(t["trace"] / t[k], 3) for k in METHODS[1:]}
+                if mode == "default allocator":  # one call's peak does not depend on reuse
+                    if device.type == "cuda":
+                        mem = {k: peak_mib(fn, device) for k, fn in fns.items()}
+                    else:
+                        del fns
+                        mem = {k: peak_in_fresh_process(label, k) for k in METHODS}
+                    row |= {f"peak_{k}_MiB": round(mem[k], 1) for k in METHODS}
+                print(json.dumps(row), flush=True)
+                worst[mode] = max(worst.get(mode, 0.0), t["trace"] / t["hf_eager"])
+        for mode, ratio in worst.items():
+            print(f"worst trace / plain eager forward, {mode}: {ratio:.3f} (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
