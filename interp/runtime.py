@@ -5,8 +5,10 @@ A trace materialises every layer's attention (MiniLM at 512 tokens: 6 x 12 x 512
 trace pays a page fault per 4 KiB page of its output: about 22 ms for those 75 MB on the test
 machine, a fifth of the forward itself. A plain forward does not pay it, because its
 intermediates are smaller and reused. `keep_freed_memory` moves large blocks onto glibc's heap
-and stops it returning freed memory to the system, so the next trace reuses the pages of the
-last one. The price is that the process's resident set stays at its high-water mark.
+and stops it returning freed memory to the system, so that after the first few traces (the heap
+must first hold a hole that fits the next aligned request) each trace reuses the pages of the
+last. Measured: page faults per MiniLM trace at 512 tokens fall from ~55,000 to 0 from the
+third or fourth trace on. The price is that the resident set stays at its high-water mark.
 """
 
 from __future__ import annotations
