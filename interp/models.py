@@ -90,7 +90,8 @@ class Model:
 
     @property
     def d_vocab(self) -> int:
-        return int(self.bridge.cfg.d_vocab)
+        # The embedding's rows, not cfg.d_vocab, which the bridge rewrites from the tokenizer.
+        return int(self.bridge.embed.weight.shape[0])
 
     def attention_weights(self, iterations: int | None = None) -> dict[str, torch.Tensor]:
         """W_Q, W_K, W_V [layer, head, d_model, d_head] and W_O [layer, head, d_head, d_model].
@@ -179,8 +180,8 @@ def _resolve(name: str, random_init: bool, seed: int, device, dtype) -> Model:
         return _load_hf(str(_minilm_dir()), MINILM, random_init, seed, device, dtype)
     hub_id = HUB_MODELS.get(name) or (name if name in HUB_MODELS.values() else None)
     if hub_id is not None:
-        _require_hub(name, hub_id)
-        return _load_hf(hub_id, name, random_init, seed, device, dtype)
+        local_only = _hub_files_only_local(name, hub_id)
+        return _load_hf(hub_id, name, random_init, seed, device, dtype, local_only)
     if path.exists():
         raise ModelLoadError(f"model path {name!r} is a file; expected a checkpoint directory.")
     accepted = ", ".join([MINILM, *HUB_MODELS])
@@ -217,34 +218,40 @@ def _check_hf_dir(path: Path, random_init: bool) -> None:
         )
 
 
-def _require_hub(name: str, hub_id: str) -> None:
-    """Fail at once, with the way out, when a hub model is neither cached nor reachable."""
+def _hub_files_only_local(name: str, hub_id: str) -> bool:
+    """Whether to load `hub_id` from the local HF cache alone; raises if neither is available.
+
+    A cached model loads without the network when the hub is unreachable (instead of retrying
+    for half a minute); an uncached one fails at once with the way out.
+    """
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
-        return
     reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else None
     if reason is None:
         try:
             socket.create_connection((_HUB_HOST, 443), timeout=3).close()
         except OSError as e:
             reason = f"{_HUB_HOST} is unreachable ({e})"
-    if reason is not None:
-        raise ModelLoadError(
-            f"model {name!r} ({hub_id}) must come from the Hugging Face hub, but {reason} and "
-            "it is not in the local HF cache. Download it where the hub is reachable "
-            f"(`hf download {hub_id} --local-dir DIR`) and pass the directory: "
-            "interp.load('DIR')."
-        )
+    if reason is None:
+        return False
+    if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+        return True
+    raise ModelLoadError(
+        f"model {name!r} ({hub_id}) must come from the Hugging Face hub, but {reason} and "
+        "it is not in the local HF cache. Download it where the hub is reachable "
+        f"(`hf download {hub_id} --local-dir DIR`) and pass the directory: interp.load('DIR')."
+    )
 
 
 def _load_hf(
-    source: str, name: str, random_init: bool, seed: int, device, dtype
+    source: str, name: str, random_init: bool, seed: int, device, dtype,
+    local_files_only: bool = False,
 ) -> Model:
     import transformers
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source)
+    hub = {"local_files_only": local_files_only}
+    config = AutoConfig.from_pretrained(source, **hub)
     if config.model_type not in _FAMILIES:
         raise ModelLoadError(
             f"model {name!r} is a {config.model_type!r} checkpoint; supported families are "
@@ -257,9 +264,15 @@ def _load_hf(
     if random_init:
         hf_model = cls(config)  # drawn under the seed `load` set
     else:
-        hf_model = cls.from_pretrained(source, config=config)
+        hf_model = cls.from_pretrained(source, config=config, **hub)
     hf_model = hf_model.to(device=device, dtype=dtype).eval()
-    tokenizer = _tokenizer(source)
+    tokenizer = _tokenizer(source, local_files_only)
+    if tokenizer is not None and not config.vocab_size // 2 <= len(tokenizer) <= config.vocab_size:
+        raise ModelLoadError(
+            f"the tokenizer found for {name!r} has {len(tokenizer)} tokens but the model embeds "
+            f"{config.vocab_size}; expected the checkpoint's own tokenizer files (tokenizer.json "
+            "or vocab files) beside config.json."
+        )
 
     common = dict(
         name=name,
@@ -288,7 +301,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
                     "spiece.model")
 
 
-def _tokenizer(source: str):
+def _tokenizer(source: str, local_files_only: bool = False):
     """The checkpoint's tokenizer, or None where it has none (token ids still trace)."""
     from transformers import AutoTokenizer
 
@@ -296,7 +309,7 @@ def _tokenizer(source: str):
     if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in _TOKENIZER_FILES):
         return None
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
     except (OSError, ValueError):
         return None
 

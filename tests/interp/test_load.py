@@ -133,3 +133,52 @@ def test_unsupported_family(tmp_path):
 def test_bad_dtype(gpt2_dir):
     with pytest.raises(interp.ModelLoadError, match="dtype must be a floating torch.dtype"):
         interp.load(gpt2_dir, dtype=torch.int64)
+
+
+# Loads each hub name from an HF cache laid out as huggingface_hub writes it, holding the
+# tiny checkpoints, in a process whose cache points there: the real by-name path, no network.
+BY_NAME = """
+import json, sys, torch, interp
+out = {}
+for name, path in json.loads(sys.argv[1]).items():
+    by_name, by_path = interp.load(name), interp.load(path)
+    ids = list(range(5, 25))
+    a, b = interp.trace(by_name, ids), interp.trace(by_path, ids)
+    out[name] = [by_name.family, torch.equal(a.resid, b.resid), torch.equal(a.pattern, b.pattern),
+                 a.tokens == b.tokens]
+print(json.dumps(out))
+"""
+
+
+def test_hub_names_load_from_the_local_hf_cache_when_the_hub_is_unreachable(tmp_path,
+                                                                              checkpoint_dirs):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cache, names = tmp_path / "hub", {"gpt2": "gpt2", "bert-base-uncased": "bert",
+                                       "albert-base-v2": "albert"}
+    for name, family in names.items():
+        repo = cache / ("models--" + interp.HUB_MODELS[name].replace("/", "--"))
+        commit = "0" * 40
+        shutil.copytree(checkpoint_dirs[family], repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    arg = json.dumps({n: str(checkpoint_dirs[f]) for n, f in names.items()})
+    run = subprocess.run([sys.executable, "-c", BY_NAME, arg], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got == {n: [f, True, True, True] for n, f in names.items()}
+
+
+def test_tokenizer_that_does_not_fit_the_model(tmp_path, gpt2_dir, bert_dir):
+    import shutil
+
+    shutil.copytree(gpt2_dir, tmp_path, dirs_exist_ok=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):  # BERT's 30522 tokens, GPT-2's 300 rows
+        shutil.copy(bert_dir / f, tmp_path / f)
+    with pytest.raises(interp.ModelLoadError, match="30522 tokens but the model embeds 300"):
+        interp.load(tmp_path)

@@ -82,6 +82,7 @@ def test_trace_matches_hf_hidden_states_attentions_and_weights(sources, family):
     for name, w in expected.items():
         torch.testing.assert_close(getattr(tr, name), w, atol=0, rtol=0, msg=name)
     assert tr.tokens == model.tokenizer.convert_ids_to_tokens(tr.token_ids.tolist())
+    assert len(tr.tokens) >= 12 and "[UNK]" not in tr.tokens
 
 
 def test_causal_flag_and_masks(checkpoint_dirs):
