@@ -164,7 +164,7 @@ def load(
     # Initialisers and the bridge's own set-up draw from the global generator: fork it, so a
     # load neither depends on nor disturbs the caller's random state.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: weights are drawn on the CPU
         return _resolve(str(name_or_path), random_init, seed, device, dtype)
 
 

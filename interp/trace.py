@@ -39,6 +39,9 @@ class Trace:
     blocks run); `pattern_layers` the blocks whose attention and weights were captured, i.e.
     the entries of `layers` below n_layers. `resid[i]` belongs to `layers[i]` and
     `pattern[i]`, `W_*[i]` to `pattern_layers[i]`.
+
+    The weights are the model's, stacked once and shared by its traces (see
+    `Model.attention_weights`): read them, or clone before editing.
     """
 
     tokens: list[str]
@@ -80,6 +83,8 @@ def trace(
     pattern_layers = [l for l in captured if l < n_layers]
 
     # Hooks in the order the forward fires them: resid_pre[l], pattern[l], ..., resid_post.
+    # `captured` is sorted and only its last entry can be n_layers, so a block's position in
+    # `captured` is also its position in `pattern_layers`.
     # Each copies its tensor into one preallocated output while it is still hot in cache;
     # stacking afterwards would cost a second pass over every attention matrix.
     points: list[tuple[str, str, int]] = []
@@ -106,13 +111,26 @@ def trace(
 
         return hook
 
+    def release(block: int):
+        def hook(tensor: Tensor, *, hook) -> Tensor:
+            _release_retained_pattern(bridge, block)
+            return tensor
+
+        return hook
+
     fwd_hooks = [(name, make_hook(name, kind, i)) for name, kind, i in points]
+    # At every block's start, drop what the previous block's attention kept (see below).
+    last_block = min(captured[-1], n_layers - 1)
+    fwd_hooks += [(f"blocks.{l}.hook_resid_pre", release(l - 1)) for l in range(1, last_block + 1)]
     with torch.no_grad():
         try:
             with bridge.hooks(fwd_hooks=fwd_hooks):
                 bridge(ids.to(p.device)[None], return_type=None)
         except _Stop:
             pass
+        finally:
+            for l in range(n_layers):
+                _release_retained_pattern(bridge, l)
     missing = [name for name, _, _ in points if name not in fired]
     if missing:
         raise RuntimeError(f"hooks {missing} did not fire on {model.name!r}; no trace made.")
@@ -136,6 +154,18 @@ def trace(
         pattern=out["pattern"],
         **weights,
     )
+
+
+def _release_retained_pattern(bridge, block: int) -> None:
+    """Drop the attention pattern TransformerLens' fused-QKV attention (GPT-2) keeps on itself.
+
+    It stores each forward's pattern as `attn._pattern` until the next forward, so without
+    this every layer's pattern stays alive beside the trace's copy: for gpt2-xl at 1024 tokens,
+    48 x 25 x 1024^2 floats, 5 GB. Released as soon as the next block starts.
+    """
+    attn = bridge.blocks[block].attn
+    if getattr(attn, "_pattern", None) is not None:
+        attn._pattern = None
 
 
 def _token_ids(model: Model, source) -> Tensor:

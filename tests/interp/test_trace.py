@@ -208,3 +208,20 @@ def test_an_in_place_edit_of_the_model_reaches_weights_and_patterns(checkpoint_d
     assert not torch.allclose(after.pattern[1], before.pattern[1], atol=1e-4)
     if family != "albert":  # ALBERT's blocks share the edited weight; others keep block 0
         torch.testing.assert_close(after.pattern[0], before.pattern[0], atol=0, rtol=0)
+
+
+def test_no_attention_pattern_outlives_the_trace_inside_the_model(gpt2_dir):
+    # TransformerLens' fused-QKV attention keeps each forward's pattern on the module; a
+    # trace must not leave a copy of every layer's attention behind in the model.
+    model = interp.load(gpt2_dir)
+    seen = []
+    handle = model.bridge.blocks[2].register_forward_pre_hook(
+        lambda *_: seen.append([getattr(b.attn, "_pattern", None) is not None
+                                for b in model.bridge.blocks]))
+    try:
+        interp.trace(model, TEXT)
+        interp.trace(model, TEXT, layers=[3])  # capturing only the end releases them too
+    finally:
+        handle.remove()
+    assert seen == [[False, True, False]] * 2  # while block 2 runs, only block 1's is held
+    assert all(getattr(b.attn, "_pattern", None) is None for b in model.bridge.blocks)
