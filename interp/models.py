@@ -36,13 +36,13 @@ HUB_MODELS: dict[str, str] = {
 }
 MINILM = "minilm"
 
-# HF model_type -> (HF class name, TransformerLens architecture key, causal).
+# HF model_type -> (HF class, which is also TransformerLens' architecture key; causal).
 # BERT and ALBERT load with their MLM heads so the bridge's adapter finds the paths it maps;
 # a checkpoint saved without that head (MiniLM) gets a random one, which `trace` never runs.
-_FAMILIES: dict[str, tuple[str, str, bool]] = {
-    "gpt2": ("GPT2LMHeadModel", "GPT2LMHeadModel", True),
-    "bert": ("BertForMaskedLM", "BertForMaskedLM", False),
-    "albert": ("AlbertForMaskedLM", "AlbertForMaskedLM", False),
+_FAMILIES: dict[str, tuple[str, bool]] = {
+    "gpt2": ("GPT2LMHeadModel", True),
+    "bert": ("BertForMaskedLM", False),
+    "albert": ("AlbertForMaskedLM", False),
 }
 
 _HUB_HOST = "huggingface.co"
@@ -153,7 +153,7 @@ def load(
     or ALBERT model; a directory holding a toy model saved by `interp.toy.save_toy`.
 
     `random_init=True` gives the same architecture (and tokenizer) with fresh weights drawn
-    from the architecture's own initialiser under `torch.manual_seed(seed)`, without touching
+    from the architecture's own initialiser, CPU generator seeded with `seed`, without touching
     the caller's RNG state: two loads with the same seed are equal. `device` defaults to the
     CPU and `dtype` to float32.
     """
@@ -257,7 +257,7 @@ def _load_hf(
             f"model {name!r} is a {config.model_type!r} checkpoint; supported families are "
             f"{', '.join(_FAMILIES)}."
         )
-    class_name, architecture, causal = _FAMILIES[config.model_type]
+    class_name, causal = _FAMILIES[config.model_type]
     # Attention probabilities exist only on the eager path (SDPA returns none).
     config._attn_implementation = "eager"
     cls = getattr(transformers, class_name)
@@ -292,7 +292,7 @@ def _load_hf(
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     bridge = build_bridge_from_module(
-        hf_model, architecture, hf_config=config, tokenizer=tokenizer, model_name=name
+        hf_model, class_name, hf_config=config, tokenizer=tokenizer, model_name=name
     )
     return Model(bridge=bridge, **common)
 
