@@ -1,6 +1,6 @@
 """Cost of `interp.trace` against a plain Hugging Face forward of the same architecture.
 
-    python benchmarks/trace.py [--repeats 9] [--device cpu|cuda]
+    python -m benchmarks.trace [--repeats 9] [--device cpu|cuda]
 
 Cases: the real MiniLM at 512 tokens, and a random GPT-2-small-shaped model at 450 tokens.
 Timed, interleaved in this one run (median of `--repeats`):
@@ -125,7 +125,7 @@ def peak_mib(fn, device: torch.device) -> float:
 def peak_in_fresh_process(label: str, method: str) -> float:
     """CPU allocators keep freed pages, so each peak is taken in a process of its own."""
     out = subprocess.run(
-        [sys.executable, __file__, "--peak-of", label, method],
+        [sys.executable, "-m", "benchmarks.trace", "--peak-of", label, method],
         check=True, capture_output=True, text=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
