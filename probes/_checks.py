@@ -7,6 +7,7 @@ instead of returning NaN.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -19,6 +20,12 @@ def finite(x: Tensor, name: str) -> None:
 def floating(x: Tensor, name: str) -> None:
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor (float32 or float64), got {x.dtype}.")
+
+
+def single_or_double(x: Tensor, name: str, why: str) -> None:
+    """`x` is float32 or float64; `why` says what needs that precision."""
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{name} must be float32 or float64 ({why}), got {x.dtype}.")
 
 
 def at_least(x: Tensor, dim: int, k: int, name: str, what: str) -> None:

@@ -180,9 +180,7 @@ def fiedler_value(
     0.0
     """
     check.floating(graph, "graph")
-    if graph.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"graph must be float32 or float64 (half precision cannot resolve λ₂), "
-                         f"got {graph.dtype}.")
+    check.single_or_double(graph, "graph", "half precision cannot resolve λ₂")
     check.square(graph, "graph")
     check.at_least(graph, -1, 2, "graph", "nodes")
     if max_steps < 1:

@@ -36,9 +36,7 @@ def spectral_radius(m: Float[Tensor, "*b k k"]) -> Float[Tensor, "*b"]:
     1.0
     """
     check.floating(m, "m")
-    if m.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"m must be float32 or float64 (what the eigensolver takes), got "
-                         f"{m.dtype}.")
+    check.single_or_double(m, "m", "what the eigensolver takes")
     check.square(m, "m")
     check.at_least(m, -1, 1, "m", "rows")
     check.finite(m, "m")
