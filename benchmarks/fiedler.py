@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 
+from benchmarks import _common
 from probes import graph
 from probes.graph import attention_graph, fiedler_value
 
@@ -64,13 +63,7 @@ def reference(s: torch.Tensor) -> torch.Tensor:
 
 
 def median_seconds(f, repeats: int) -> float:
-    f()  # warm-up: first-call allocations and thread start-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _common.median_seconds({"f": f}, repeats, torch.device("cpu"))["f"]
 
 
 def count_fallbacks(s: torch.Tensor) -> tuple[torch.Tensor, int]:

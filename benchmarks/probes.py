@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, GPT2Config
 
 import interp
 import probes
+from benchmarks._common import cases, median_seconds, plain_model
 from interp.runtime import keep_freed_memory
 
 BETAS = (0.1, 1.0, 2.0, 5.0)
@@ -70,8 +68,8 @@ def weight_probes(tr: interp.Trace) -> dict[str, torch.Tensor]:
 
 def breakdown(tr: interp.Trace, repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each probe alone, on the shared Gram and graph."""
-    g = probes.gram(probes.to_sphere(tr.resid))
     x_hat = probes.to_sphere(tr.resid)
+    g = probes.gram(x_hat)
     graph = probes.attention_graph(tr.pattern)
     beta = torch.tensor(BETAS, dtype=g.dtype, device=g.device)
     parts = {
@@ -90,30 +88,6 @@ def breakdown(tr: interp.Trace, repeats: int, device: torch.device) -> dict[str,
     return {k: round(v, 4) for k, v in median_seconds(parts, repeats, device).items()}
 
 
-def plain_forward(source: Path, random_init: bool, device: torch.device):
-    if random_init:  # weights do not change the cost; the architecture does
-        m = AutoModel.from_config(AutoConfig.from_pretrained(source), attn_implementation="eager")
-    else:
-        m = AutoModel.from_pretrained(source, attn_implementation="eager")
-    return m.to(device).eval()
-
-
-def median_seconds(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -125,12 +99,9 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     goals = {"minilm": 2.0, "gpt2-small-shape-random": 0.6}
     with tempfile.TemporaryDirectory() as tmp:
-        GPT2Config().save_pretrained(tmp)
-        cases = {"minilm": (interp.models._minilm_dir(), 512, False),
-                 "gpt2-small-shape-random": (Path(tmp), 450, True)}
-        for label, (source, n, random_init) in cases.items():
+        for label, (source, n, random_init) in cases(Path(tmp)).items():
             model = interp.load(source, random_init=random_init, device=device)
-            plain = plain_forward(source, random_init, device)
+            plain = plain_model(source, random_init, device)
             ids = torch.randint(1000, model.d_vocab - 1000, (n,),
                                 generator=torch.Generator().manual_seed(0))
             tr = interp.trace(model, ids)

@@ -23,42 +23,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, GPT2Config
 
 import interp
+from benchmarks._common import cases, median_seconds, plain_model, sync
 from interp.runtime import keep_freed_memory
 
 METHODS = ("trace", "hf_eager", "hf_sdpa", "hf_outputs")
-
-
-def cases(tmp: Path) -> dict[str, tuple[Path, int, bool]]:
-    """label -> (checkpoint or config directory, tokens, random_init)."""
-    GPT2Config().save_pretrained(tmp)  # GPT-2 small shape: 12 layers, 12 heads, d 768
-    return {
-        "minilm": (interp.models._minilm_dir(), 512, False),
-        "gpt2-small-shape-random": (tmp, 450, True),
-    }
 
 
 def callables(source: Path, n_tokens: int, random_init: bool, device: torch.device):
     """One zero-argument callable per method, all on the same token ids, and the MiB of the
     attention weights a model stacks once on its first trace and keeps for the next."""
     model = interp.load(source, device=device, random_init=random_init)
-    plain = {}
-    for impl in ("eager", "sdpa"):
-        if random_init:  # weights do not change the cost; the architecture does
-            m = AutoModel.from_config(AutoConfig.from_pretrained(source), attn_implementation=impl)
-        else:
-            m = AutoModel.from_pretrained(source, attn_implementation=impl)
-        plain[impl] = m.to(device).eval()
+    plain = {impl: plain_model(source, random_init, device, impl) for impl in ("eager", "sdpa")}
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, model.d_vocab - 1000, (n_tokens,), generator=gen)
 
@@ -81,26 +64,6 @@ def callables(source: Path, n_tokens: int, random_init: bool, device: torch.devi
     return bind(ids), bind(ids[:8]), weights_mib / 2**20
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call; calls are interleaved so machine drift hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -111,11 +74,11 @@ def _status_kib(field: str) -> int:
 def peak_mib(fn, device: torch.device) -> float:
     """Peak memory of one call of `fn` above what was in use just before it."""
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         fn()
-        _sync(device)
+        sync(device)
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     before = _status_kib("VmRSS")
     fn()
